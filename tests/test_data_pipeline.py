@@ -109,6 +109,51 @@ def test_tfds_mock_datasets(dataset, split, monkeypatch, tmp_path):
   assert batch["local_crops"].shape == (4, 6, 16, 16, 3)
 
 
+def _mock_imagenet_config(tmp_path):
+  config = config_lib.default_config()
+  config.data_dir = str(tmp_path)
+  config.shuffle_buffer_size = 8
+  return config
+
+
+def test_imagenet2012_mock_full_recipe(monkeypatch, tmp_path):
+  config = _mock_imagenet_config(tmp_path)
+  assert config.dataset == "imagenet2012"
+  with tfds.testing.mock_data(num_examples=8):
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    source = sources.open_source(config, "train", process_index=1, process_count=2, shuffle_files=False, seed=0)
+    assert source.channels == 3
+    assert not source.from_files
+    labels = [int(e["label"]) for e in source.dataset.as_numpy_iterator()]
+    assert labels and all(0 <= label < 1000 for label in labels)
+
+    def first_batch():
+      iterator = pipeline.make_pretrain_iterator(config, global_batch_size=8, seed=3, process_index=1, process_count=2)
+      return next(iterator)
+
+    batch, again = first_batch(), first_batch()
+  assert batch["global_crops"].shape == (4, 2, 224, 224, 3)
+  assert batch["local_crops"].shape == (4, 6, 96, 96, 3)
+  for key in ("global_crops", "local_crops"):
+    assert np.isfinite(batch[key]).all()
+    assert -2.2 < batch[key].min() < 0.0 < batch[key].max() < 2.7
+    np.testing.assert_array_equal(batch[key], again[key])
+
+
+def test_imagenet2012_per_host_split_strings():
+  assert sources.host_split("train", 1, 4) == tfds.even_splits("train", n=4, drop_remainder=False)[1]
+  assert sources.host_split("train", 1, 4) != sources.host_split("train", 2, 4)
+
+
+def test_imagenet2012_mock_eval_without_sizes_raises(monkeypatch, tmp_path):
+  # mock_data serves no split metadata, so evaluation cannot size its padding.
+  config = _mock_imagenet_config(tmp_path)
+  with tfds.testing.mock_data(num_examples=8):
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    with pytest.raises(ValueError, match="split 'train' is unknown"):
+      pipeline.make_eval_iterators(config, global_batch_size=4, process_index=0, process_count=1)
+
+
 def test_unprepared_tfds_dataset_raises(tmp_path):
   config = config_lib.default_config()
   config.dataset = "cifar10"

@@ -1,4 +1,9 @@
-"""Multi-crop views of one image: global and local crops with the recipe's augmentations."""
+"""Multi-crop views: global and local crops with the recipe's augmentations.
+
+Views are made in two steps. `crop_views` cuts the crops of one image, and `augment_views`
+applies the photometric operations to a whole batch of small crops. Large crops get their
+photometric operations in `crop_views`, one crop at a time.
+"""
 
 import dataclasses
 from typing import Sequence
@@ -130,86 +135,251 @@ def recipe_from_config(config: ml_collections.ConfigDict, *, color: bool) -> Mul
   )
 
 
-def make_view(
-    image: tf.Tensor, seed: tf.Tensor, view: ViewRecipe, recipe: MultiCropRecipe
-) -> tf.Tensor:
-  """Returns one augmented, normalised crop `[view.size, view.size, 3]` float32.
+# Columns of a view's photometric uniform draws, after the `augment.CROP_UNIFORMS` crop draws.
+_FLIP = 0
+_JITTER = 1
+_FACTORS = slice(2, 6)  # brightness, contrast, saturation, hue
+_ORDER = slice(6, 10)  # sort keys of the jitter operations
+_GRAYSCALE = 10
+_BLUR = 11
+_SIGMA = 12
+_SOLARIZE = 13
+PHOTOMETRIC_UNIFORMS = 14
+# Crops of at least this side get their photometric operations one crop at a time, in
+# `crop_views`. Smaller crops get them batched, in `augment_views`, because per-op overhead
+# dominates their cost and batching shares it. For large crops the pixel work dominates, so the
+# per-crop path wins by computing only the operations that each crop draws.
+# NOTE: the threshold comes from timing benchmarks/input_pipeline.py on a 2-core CPU with the
+# crop sizes of the two recipes (224, 96, 28 and 16 px). Other sizes and machines may differ.
+PER_CROP_MIN_SIZE = 128
+
+
+def _view_groups(recipe: MultiCropRecipe) -> list[tuple[str, tuple[ViewRecipe, ...]]]:
+  """Returns ("global", views) and, when there are local crops, ("local", views)."""
+  groups = [("global", recipe.global_views)]
+  if recipe.local_views:
+    groups.append(("local", recipe.local_views))
+  return groups
+
+
+# Graph code with static Python loops only, so AutoGraph conversion is not needed.
+@tf.autograph.experimental.do_not_convert
+def crop_views(image: tf.Tensor, seed: tf.Tensor, recipe: MultiCropRecipe) -> dict[str, tf.Tensor]:
+  """Cuts the random resized crops of one image and draws the random numbers of their views.
+
+  Crops with a side of at least `PER_CROP_MIN_SIZE` are returned augmented and normalised.
+  Smaller crops are returned with their uniform draws, and `augment_views` finishes them on
+  whole batches, so their photometric operations run once per batch instead of once per crop.
 
   Args:
     image: `[height, width, 3]` uint8, the decoded source image.
-    seed: `[2] int32` stateless seed of this view.
+    seed: `[2]` stateless seed of this image. All views draw from it in one call, global crops
+      first.
+
+  Returns:
+    "global_crops": `[G, Hg, Wg, 3]` float32, and "global_uniforms":
+    `[G, PHOTOMETRIC_UNIFORMS]` float32 in [0, 1) when the crops are smaller than
+    `PER_CROP_MIN_SIZE` (the crops are then in [0, 1], not yet augmented). The same "local_"
+    entries follow when the recipe has local crops.
   """
-  crop = augment.random_resized_crop(
-      image,
-      augment.fold_seed(seed, 0),
-      size=view.size,
-      scale=view.scale,
-      aspect_ratio=recipe.aspect_ratio,
-      method=recipe.resize_method,
+  num_views = len(recipe.global_views) + len(recipe.local_views)
+  uniforms = tf.random.stateless_uniform(
+      [num_views, augment.CROP_UNIFORMS + PHOTOMETRIC_UNIFORMS], seed, dtype=tf.float32
   )
-  crop = augment.random_flip(crop, augment.fold_seed(seed, 1), recipe.flip_probability)
+  outputs = {}
+  first = 0
+  for name, views in _view_groups(recipe):
+    group = uniforms[first:first + len(views)]
+    first += len(views)
+    begin, size = augment.sample_crop_boxes(
+        tf.shape(image),
+        group[:, :augment.CROP_UNIFORMS],
+        scale=views[0].scale,
+        aspect_ratio=recipe.aspect_ratio,
+    )
+    crops = augment.resized_crops(
+        image, begin, size, output_size=views[0].size, method=recipe.resize_method
+    )
+    photometric = group[:, augment.CROP_UNIFORMS:]
+    if views[0].size >= PER_CROP_MIN_SIZE:
+      outputs[f"{name}_crops"] = tf.stack(
+          [_augment_one_crop(crops[v], photometric[v], view, recipe) for v, view in enumerate(views)]
+      )
+    else:
+      outputs[f"{name}_crops"] = crops
+      outputs[f"{name}_uniforms"] = photometric
+  return outputs
+
+
+def _jitter_parameters(
+    uniforms: tf.Tensor, recipe: MultiCropRecipe
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Returns the jitter factors `[n, 4]` and operation order `[n, k] int32` of `uniforms`."""
+  num_operations = 4 if recipe.color else 2
+  low = tf.constant(
+      [1.0 - recipe.brightness, 1.0 - recipe.contrast, 1.0 - recipe.saturation, -recipe.hue]
+  )
+  high = tf.constant(
+      [1.0 + recipe.brightness, 1.0 + recipe.contrast, 1.0 + recipe.saturation, recipe.hue]
+  )
+  factors = low + (high - low) * uniforms[:, _FACTORS]
+  # The argsort of uniform keys is a uniformly random permutation of the operations.
+  order = tf.argsort(uniforms[:, _ORDER][:, :num_operations], axis=1, stable=True)
+  return factors, tf.cast(order, tf.int32)
+
+
+def _augment_one_crop(
+    crop: tf.Tensor, uniforms: tf.Tensor, view: ViewRecipe, recipe: MultiCropRecipe
+) -> tf.Tensor:
+  """Augments one crop `[S, S, 3]` as `augment_crops` does, from its `uniforms: [k]`.
+
+  This is the path for large crops: tf.cond skips every operation that the crop did not draw,
+  and with a single image no gather or scatter is needed. Per-op overhead is small next to
+  the pixel work of a large crop.
+  """
+  images = crop[tf.newaxis]
+  row = uniforms[tf.newaxis]
+
+  def maybe(draw: tf.Tensor, probability: float, operation) -> tf.Tensor:
+    return tf.cond(draw < probability, lambda: operation(images), lambda: images)
+
+  images = maybe(uniforms[_FLIP], recipe.flip_probability, lambda x: tf.reverse(x, [2]))
 
   if recipe.color_jitter_probability > 0.0:
-    jitter_seed = augment.fold_seed(seed, 2)
-    crop = tf.cond(
-        augment.random_coin(augment.fold_seed(jitter_seed, 0), recipe.color_jitter_probability),
-        lambda: augment.color_jitter(
-            crop,
-            augment.fold_seed(jitter_seed, 1),
-            brightness=recipe.brightness,
-            contrast=recipe.contrast,
-            saturation=recipe.saturation,
-            hue=recipe.hue,
-            color=recipe.color,
-        ),
-        lambda: crop,
-    )
+    factors, order = _jitter_parameters(row, recipe)
+    operations = [
+        augment.adjust_brightness, augment.adjust_contrast, augment.adjust_saturation,
+        augment.adjust_hue,
+    ][:order.shape[1]]
+
+    def jitter(x: tf.Tensor) -> tf.Tensor:
+      for position in range(order.shape[1]):
+        branches = [
+            lambda x=x, op=op, i=i: op(x, factors[:, i]) for i, op in enumerate(operations)
+        ]
+        x = tf.switch_case(order[0, position], branches)
+        x.set_shape(images.shape)
+      return x
+
+    images = maybe(uniforms[_JITTER], recipe.color_jitter_probability, jitter)
+
   if recipe.color and recipe.grayscale_probability > 0.0:
-    crop = tf.cond(
-        augment.random_coin(augment.fold_seed(seed, 3), recipe.grayscale_probability),
-        lambda: augment.to_grayscale(crop),
-        lambda: crop,
+    images = maybe(uniforms[_GRAYSCALE], recipe.grayscale_probability, augment.to_grayscale)
+
+  if view.blur_probability > 0.0:
+    low, high = recipe.blur_sigma
+    sigma = low + (high - low) * row[:, _SIGMA]
+    images = maybe(
+        uniforms[_BLUR], view.blur_probability,
+        lambda x: augment.gaussian_blur(x, sigma, max_sigma=high),
     )
 
-  crop = augment.random_gaussian_blur(
-      crop, augment.fold_seed(seed, 4), probability=view.blur_probability, sigma=recipe.blur_sigma
-  )
-  crop = augment.random_solarize(
-      crop,
-      augment.fold_seed(seed, 5),
-      probability=view.solarize_probability,
-      threshold=recipe.solarize_threshold,
-  )
-  crop = augment.normalize(crop, recipe.mean, recipe.std)
-  crop.set_shape([view.size, view.size, 3])
-  return crop
+  if view.solarize_probability > 0.0:
+    images = maybe(
+        uniforms[_SOLARIZE], view.solarize_probability,
+        lambda x: augment.solarize(x, recipe.solarize_threshold),
+    )
+  return augment.normalize(images, recipe.mean, recipe.std)[0]
+
+
+def augment_crops(
+    crops: tf.Tensor,
+    uniforms: tf.Tensor,
+    views: Sequence[ViewRecipe],
+    recipe: MultiCropRecipe,
+) -> tf.Tensor:
+  """Applies flip, colour jitter, grayscale, blur, solarisation and normalisation to crops.
+
+  Args:
+    crops: `[batch, V, height, width, 3]` float32 in [0, 1], V = len(views), static height and
+      width.
+    uniforms: `[batch, V, PHOTOMETRIC_UNIFORMS]` float32 in [0, 1), from `crop_views`.
+    views: the recipes of the V views, in order.
+
+  Returns:
+    `[batch, V, height, width, 3]` float32, normalised with `recipe.mean` and `recipe.std`.
+  """
+  height, width = crops.shape[2], crops.shape[3]
+  images = tf.reshape(crops, [-1, height, width, 3])
+  uniforms = tf.reshape(uniforms, [-1, PHOTOMETRIC_UNIFORMS])
+  batch = tf.shape(crops)[0]
+
+  def per_view(values: list[float]) -> tf.Tensor:
+    # Crops are ordered (image, view), so tiling the per-view values matches them.
+    return tf.tile(tf.constant(values, tf.float32), [batch])
+
+  images = augment.flip_left_right(images, uniforms[:, _FLIP] < recipe.flip_probability)
+
+  if recipe.color_jitter_probability > 0.0:
+    factors, order = _jitter_parameters(uniforms, recipe)
+    images = augment.color_jitter(
+        images,
+        uniforms[:, _JITTER] < recipe.color_jitter_probability,
+        factors,
+        order,
+        color=recipe.color,
+    )
+
+  if recipe.color and recipe.grayscale_probability > 0.0:
+    images = augment.random_grayscale(images, uniforms[:, _GRAYSCALE] < recipe.grayscale_probability)
+
+  blur_probability = [view.blur_probability for view in views]
+  if max(blur_probability) > 0.0:
+    low, high = recipe.blur_sigma
+    images = augment.random_gaussian_blur(
+        images,
+        uniforms[:, _BLUR] < per_view(blur_probability),
+        low + (high - low) * uniforms[:, _SIGMA],
+        max_sigma=high,
+    )
+
+  solarize_probability = [view.solarize_probability for view in views]
+  if max(solarize_probability) > 0.0:
+    images = augment.random_solarize(
+        images,
+        uniforms[:, _SOLARIZE] < per_view(solarize_probability),
+        threshold=recipe.solarize_threshold,
+    )
+
+  images = augment.normalize(images, recipe.mean, recipe.std)
+  return tf.reshape(images, [-1, len(views), height, width, 3])
+
+
+# Graph code with static Python loops only, so AutoGraph conversion is not needed.
+@tf.autograph.experimental.do_not_convert
+def augment_views(batch: dict[str, tf.Tensor], recipe: MultiCropRecipe) -> dict[str, tf.Tensor]:
+  """Finishes a batch of `crop_views` outputs; other entries of `batch` pass through.
+
+  Args:
+    batch: "global_crops" `[b, G, Hg, Wg, 3]` and, for small crops, "global_uniforms"
+      `[b, G, k]`, and the same "local_" entries when the recipe has local crops, as batched
+      from `crop_views`.
+
+  Returns:
+    `batch` with the "_uniforms" entries removed and the crops augmented and normalised.
+  """
+  outputs = dict(batch)
+  for name, views in _view_groups(recipe):
+    if f"{name}_uniforms" not in outputs:
+      continue  # Large crops, already augmented by `crop_views`.
+    outputs[f"{name}_crops"] = augment_crops(
+        outputs[f"{name}_crops"], outputs.pop(f"{name}_uniforms"), views, recipe
+    )
+  return outputs
 
 
 def make_views(image: tf.Tensor, seed: tf.Tensor, recipe: MultiCropRecipe) -> dict[str, tf.Tensor]:
-  """Returns the crops of one image.
+  """Returns the augmented crops of one image (`crop_views`, then `augment_views`).
 
   Args:
     image: `[height, width, 3]` uint8.
-    seed: `[2] int32` stateless seed of this image; view `v` uses `fold_seed(seed, v)`.
+    seed: `[2]` stateless seed of this image.
 
   Returns:
     "global_crops": `[G, Hg, Wg, 3]` float32 and, when the recipe has local crops,
-    "local_crops": `[L, Hl, Wl, 3]` float32, both normalised.
+    "local_crops": `[L, Hl, Wl, 3]` float32, both normalised. They equal the pipeline's views
+    of the same image and seed.
   """
-  views = {
-      "global_crops": tf.stack(
-          [
-              make_view(image, augment.fold_seed(seed, v), view, recipe)
-              for v, view in enumerate(recipe.global_views)
-          ]
-      )
-  }
-  if recipe.local_views:
-    offset = len(recipe.global_views)
-    views["local_crops"] = tf.stack(
-        [
-            make_view(image, augment.fold_seed(seed, offset + v), view, recipe)
-            for v, view in enumerate(recipe.local_views)
-        ]
-    )
-  return views
+  crops = crop_views(image, seed, recipe)
+  batch = {key: value[tf.newaxis] for key, value in crops.items()}
+  return {key: value[0] for key, value in augment_views(batch, recipe).items()}

@@ -88,18 +88,26 @@ def make_pretrain_dataset(
         reshuffle_each_iteration=True,
     )
 
-  def to_views(index, example):
+  def to_crops(index, example):
     image = sources.decode_rgb(example["image"])
-    views = multicrop.make_views(image, augment.fold_seed(host_seed, index), recipe)
-    views["index"] = index
-    return views
+    crops = multicrop.crop_views(image, augment.fold_seed(host_seed, index), recipe)
+    crops["index"] = index
+    return crops
 
+  num_parallel_calls = int(data_config.num_parallel_calls)
   dataset = dataset.enumerate().map(
-      to_views, num_parallel_calls=int(data_config.num_parallel_calls), deterministic=True
+      to_crops, num_parallel_calls=num_parallel_calls, deterministic=True
   )
   if source.from_files:
     dataset = dataset.ignore_errors(log_warning=True)
   dataset = dataset.batch(host_batch, drop_remainder=True)
+  # The photometric operations run on whole batches: one op per batch costs far less CPU than
+  # one per crop, because per-op overhead dominates for small crops.
+  dataset = dataset.map(
+      lambda batch: multicrop.augment_views(batch, recipe),
+      num_parallel_calls=num_parallel_calls,
+      deterministic=True,
+  )
   dataset = dataset.prefetch(int(data_config.prefetch_batches))
   return _apply_options(dataset, data_config), source
 
