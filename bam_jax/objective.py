@@ -111,12 +111,26 @@ def _gather_keys(embeddings: jax.Array, num_global_crops: int,
   return keys.reshape(-1, keys.shape[-1])
 
 
-def _logsumexp_over_rows(x: jax.Array, axis_name: str | None) -> jax.Array:
-  """Returns logsumexp of `[V, b, K]` over the crop and (global) batch axes, `[K]`."""
-  x_max = _pmax(jnp.max(x, axis=(0, 1)), axis_name)
+# The maximum below is taken of `logits - (-potential)`, which equals `logits + potential`
+# exactly but is not the same expression as the exponent's, so XLA fuses each into its own
+# reduction instead of writing the shared sum, a full `[V, b, K]` array, to memory first.
+
+
+def _logsumexp_over_rows(logits: jax.Array, row: jax.Array,
+                         axis_name: str | None) -> jax.Array:
+  """Returns `logsumexp(logits + row[..., None])` over the crops and the global batch, `[K]`."""
+  x_max = _pmax(jnp.max(logits - (-row[..., None]), axis=(0, 1)), axis_name)
   x_max = lax.stop_gradient(jnp.where(jnp.isfinite(x_max), x_max, 0.0))
-  total = _psum(jnp.sum(jnp.exp(x - x_max), axis=(0, 1)), axis_name)
+  total = _psum(jnp.sum(jnp.exp(logits + row[..., None] - x_max), axis=(0, 1)), axis_name)
   return x_max + jnp.log(total)
+
+
+def _logsumexp_over_keys(logits: jax.Array, column: jax.Array) -> jax.Array:
+  """Returns `logsumexp(logits + column)` over the keys, `[V, b]`."""
+  x_max = jnp.max(logits - (-column), axis=-1, keepdims=True)
+  x_max = lax.stop_gradient(jnp.where(jnp.isfinite(x_max), x_max, 0.0))
+  total = jnp.sum(jnp.exp(logits + column - x_max), axis=-1)
+  return x_max[..., 0] + jnp.log(total)
 
 
 def _sinkhorn_potentials(logits: jax.Array, *, num_global_crops: int, global_batch: int,
@@ -127,7 +141,8 @@ def _sinkhorn_potentials(logits: jax.Array, *, num_global_crops: int, global_bat
   The balanced plan is `exp(logits + row[..., None] + column)`: every key column sums to
   `1 / (K - G)` and every row to `1 / (V * B)` (the row step comes last, so rows are exact and
   columns approximate after a finite number of iterations). Carrying the potentials instead of
-  the scaled matrix reads `logits` twice per iteration and writes nothing of size `V * b * K`.
+  the scaled matrix reads `logits` four times per iteration (a maximum and a sum per step) and
+  writes nothing of size `V * b * K`.
   The initial normalisation of the plan to total mass 1 is a constant shift that the first column
   step absorbs, so it is skipped.
   """
@@ -137,8 +152,8 @@ def _sinkhorn_potentials(logits: jax.Array, *, num_global_crops: int, global_bat
 
   def iteration(_, potentials):
     row, _ = potentials
-    column = log_column_mass - _logsumexp_over_rows(logits + row[..., None], axis_name)
-    row = log_row_mass - jax.nn.logsumexp(logits + column, axis=-1)
+    column = log_column_mass - _logsumexp_over_rows(logits, row, axis_name)
+    row = log_row_mass - _logsumexp_over_keys(logits, column)
     return row, column
 
   # Derived from `logits` so that, under shard_map, the row potentials vary over the batch
@@ -186,7 +201,7 @@ def _targets_and_statistics(teacher: jax.Array, keys: jax.Array, positive_mask: 
 
   # Key marginal of the whole plan, as a distribution: its total-variation distance from uniform
   # says how balanced the targets are after the last iteration.
-  column_log_mass = _logsumexp_over_rows(logits + row[..., None], axis_name) + column
+  column_log_mass = _logsumexp_over_rows(logits, row, axis_name) + column
   column_distribution = jax.nn.softmax(column_log_mass)
   marginal_error = 0.5 * jnp.sum(jnp.abs(column_distribution - 1.0 / logits.shape[-1]))
 
