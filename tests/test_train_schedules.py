@@ -80,3 +80,11 @@ def test_peak_learning_rate_scales_with_batch():
   optim = _config().optim
   assert schedules.peak_learning_rate(optim, 4096) == pytest.approx(4.8e-3)
   assert schedules.peak_learning_rate(optim, 256) == pytest.approx(3e-4)
+
+
+def test_min_lr_above_peak_raises():
+  config = _config()
+  config.optim.min_lr = 1.0
+  durations = schedules.resolve_durations(config, num_train_examples=5_120)
+  with pytest.raises(ValueError, match="optim.min_lr=1.0 is above the peak learning rate"):
+    schedules.learning_rate_schedule(config.optim, config.global_batch_size, durations)

@@ -80,9 +80,18 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, global_batch
                            durations: Durations) -> optax.Schedule:
   """Linear warm-up from 0 to the scaled peak, then a cosine to `optim.min_lr` at the last step.
 
-  `optim.min_lr` is absolute (not scaled with the batch size).
+  `optim.min_lr` is absolute (not scaled with the batch size), as in the published scripts.
+
+  Raises:
+    ValueError: if `optim.min_lr` exceeds the peak, which would make the "decay" rise. The
+      recipe's min_lr of 1e-3 does so below a global batch of about 853 at lr_per_256 = 3e-4.
   """
   peak = peak_learning_rate(optim_config, global_batch_size)
+  if optim_config.min_lr > peak:
+    raise ValueError(
+        f"optim.min_lr={optim_config.min_lr} is above the peak learning rate {peak:g} "
+        f"(lr_per_256={optim_config.lr_per_256} x global_batch_size={global_batch_size} / 256); "
+        "lower --config.optim.min_lr or raise the learning rate.")
   warmup = optax.linear_schedule(0.0, peak, max(durations.warmup_steps, 1))
   decay = cosine_ramp(peak, optim_config.min_lr, durations.total_steps - durations.warmup_steps)
   if durations.warmup_steps == 0:
