@@ -24,6 +24,8 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   Must run before any other JAX call. With every field left at its default (None), JAX detects the
   cluster itself (Cloud TPU, SLURM, Open MPI). To start processes by hand, e.g. several on
   127.0.0.1, set `coordinator_address` ("host:port"), `num_processes` and `process_id`.
+  Process 0 serves the coordinator on every interface unless `coordinator_bind_address`
+  ("host:port", e.g. "127.0.0.1:1234" for processes on one machine) is set.
   """
   distributed = config.get("distributed")
   if distributed is None or not distributed.get("enabled", False):
@@ -32,6 +34,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
       coordinator_address=distributed.get("coordinator_address"),
       num_processes=distributed.get("num_processes"),
       process_id=distributed.get("process_id"),
+      coordinator_bind_address=distributed.get("coordinator_bind_address"),
   )
   logging.info(
       "Process %d of %d joined the job; %d local and %d global devices.",

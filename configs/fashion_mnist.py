@@ -91,6 +91,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
   config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
   config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+  config.distributed.coordinator_bind_address = ml_collections.config_dict.placeholder(str)
 
   if variant == "runlocal":
     _make_runlocal(config)

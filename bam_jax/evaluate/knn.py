@@ -175,7 +175,6 @@ def _gather_rows_like(features: jax.Array, values: np.ndarray) -> np.ndarray:
         )
     batch_axis = sharding.spec[0] if len(sharding.spec) else None
     row_sharding = NamedSharding(sharding.mesh, PartitionSpec(batch_axis))
-    # NOTE: this multi-process path is covered by no test; the tests run one process.
     global_values = jax.make_array_from_process_local_data(row_sharding, np.asarray(values))
     return np.asarray(multihost_utils.process_allgather(global_values, tiled=True))
 
@@ -197,6 +196,12 @@ def _collect_features(
         if isinstance(features, jax.Array) and not features.is_fully_addressable:
             labels = _gather_rows_like(features, labels)
             mask = _gather_rows_like(features, mask)
+        elif jax.process_count() > 1:
+            # Host-local features (e.g. raw pixels) cover only this host's share of the split,
+            # so gather all rows, in process order, for every process to search the same ones.
+            features, labels, mask = multihost_utils.process_allgather(
+                (np.asarray(features), np.asarray(labels), np.asarray(mask)), tiled=True
+            )
         # Keep device arrays until the end so that embedding overlaps with reading the next batch.
         feature_batches.append(features)
         label_batches.append(np.asarray(labels))
@@ -229,7 +234,8 @@ def run_knn_eval(
 
     Args:
       embed_fn: maps host-local images [b, H, W, C] to features [b, dim] (numpy or a jax.Array,
-        possibly a global array spanning processes). Features need not be normalised. For a
+        possibly a global array spanning processes). With several processes, host-local
+        features are gathered from all of them. Features need not be normalised. For a
         raw-pixel baseline pass `lambda images: images.reshape(len(images), -1)`.
       train_iter, test_iter: yield {"image": [b, H, W, C], "label": int [b], "mask": bool [b]};
         entries with mask False are padding and are ignored. With several processes, every
