@@ -18,6 +18,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+def distributed_config() -> ml_collections.ConfigDict:
+  """Returns the `config.distributed` section that `initialize_distributed` reads.
+
+  Fields:
+    enabled: connect the processes of a multi-host job; False for one process.
+    coordinator_address: "host:port" of process 0; None lets JAX detect it (Cloud TPU, SLURM,
+      Open MPI).
+    num_processes / process_id: None lets JAX detect them.
+    coordinator_bind_address: "host:port" the coordinator listens on; None listens on every
+      interface.
+  """
+  config = ml_collections.ConfigDict()
+  config.enabled = False
+  config.coordinator_address = ml_collections.config_dict.placeholder(str)
+  config.num_processes = ml_collections.config_dict.placeholder(int)
+  config.process_id = ml_collections.config_dict.placeholder(int)
+  config.coordinator_bind_address = ml_collections.config_dict.placeholder(str)
+  return config
+
+
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """Connects the processes of a multi-host job when `config.distributed.enabled` is set.
 

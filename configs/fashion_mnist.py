@@ -14,6 +14,7 @@ Any field can be overridden on the command line, e.g. `--config.total_epochs=4`.
 
 import ml_collections
 
+from bam_jax import parallel
 from bam_jax.data import config as data_config
 
 
@@ -86,12 +87,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.knn.max_train_batches = -1
   config.knn.max_test_batches = -1
 
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.enabled = False
-  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
-  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
-  config.distributed.process_id = ml_collections.config_dict.placeholder(int)
-  config.distributed.coordinator_bind_address = ml_collections.config_dict.placeholder(str)
+  config.distributed = parallel.distributed_config()
 
   if variant == "runlocal":
     _make_runlocal(config)

@@ -24,6 +24,7 @@ steps, k-NN on a few batches) for checking a folder end to end on a CPU.
 
 import ml_collections
 
+from bam_jax import parallel
 from bam_jax.data import config as data_config
 
 # ImageNet-1k train split; set --config.num_train_examples for any other folder.
@@ -101,11 +102,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.knn.max_train_batches = -1
   config.knn.max_test_batches = -1
 
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.enabled = False
-  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
-  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
-  config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+  config.distributed = parallel.distributed_config()
 
   if variant == "runlocal":
     _make_runlocal(config)

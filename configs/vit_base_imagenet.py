@@ -18,6 +18,7 @@ Published linear-probe top-1 of this recipe on ImageNet: 78.1% (ViT-B/16).
 
 import ml_collections
 
+from bam_jax import parallel
 from bam_jax.data import config as data_config
 
 VARIANT = "base"
@@ -87,9 +88,5 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.knn.max_train_batches = -1
   config.knn.max_test_batches = -1
 
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.enabled = False
-  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
-  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
-  config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+  config.distributed = parallel.distributed_config()
   return config

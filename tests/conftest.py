@@ -18,3 +18,7 @@ os.environ["XLA_FLAGS"] = " ".join(
     [*_flags, f"--xla_force_host_platform_device_count={NUM_DEVICES}"])
 # The fake devices exist only on the CPU platform, so an accelerator must not take precedence.
 os.environ["JAX_PLATFORMS"] = "cpu"
+
+# Session fixtures registered here so that every test module shares one instance (Fashion-MNIST
+# is prepared once per test run). Imported after the environment above is set.
+from conftest_data import fashion_mnist_data_dir, image_folder  # noqa: E402,F401

@@ -8,7 +8,7 @@ from bam_jax.data import config as config_lib
 from bam_jax.data import fashion_mnist
 from bam_jax.data import pipeline
 from bam_jax.data import sources
-from conftest_data import NUM_VALID_IMAGES, fashion_mnist_data_dir, image_folder  # noqa: F401
+from conftest_data import NUM_VALID_IMAGES
 
 
 def _folder_config(root: str):

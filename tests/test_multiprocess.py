@@ -25,7 +25,6 @@ import pytest
 
 from bam_jax import data
 from bam_jax.train import trainer
-from conftest_data import fashion_mnist_data_dir  # noqa: F401
 
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 4
@@ -86,7 +85,7 @@ def _scalars(log: str, name: str) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(fashion_mnist_data_dir, tmp_path_factory):  # noqa: F811
+def two_process_run(fashion_mnist_data_dir, tmp_path_factory):
   """Runs the entry point as 2 processes x 4 devices; returns (workdir, pids, logs)."""
   workdir = tmp_path_factory.mktemp("multiprocess") / "workdir"
   address = f"127.0.0.1:{_free_port()}"
@@ -171,7 +170,7 @@ def test_only_process_zero_writes_results(two_process_run):
 
 
 @pytest.fixture(scope="module")
-def one_process_reference(fashion_mnist_data_dir, tmp_path_factory, two_process_run):  # noqa: F811
+def one_process_reference(fashion_mnist_data_dir, tmp_path_factory, two_process_run):
   """Trains one step in this process on 8 devices, fed the two hosts' batches side by side.
 
   A one-process run reads the whole split with one seed, so by design its batches differ from
