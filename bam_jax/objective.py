@@ -9,9 +9,9 @@ Notation used throughout (shapes are per device):
 
 Every crop of image i attends to the K keys with the G keys of image i itself masked out. The
 teacher's attention rows, divided by `epsilon`, are balanced over the global batch by a few
-Sinkhorn iterations in float32 and the log domain, optionally restricted to their top-k keys,
-and become the targets for the student's attention `softmax(rows / temperature)` of every other
-crop. The functions here are pure and shard-aware: with `axis_name` set they run inside
+Sinkhorn iterations in float32 and the log domain, then optionally restricted to their top-k
+keys. They become the targets for the student's attention `softmax(rows / temperature)` of
+every other crop. The functions here are pure and shard-aware: with `axis_name` set they run inside
 `jax.shard_map` on the local shard of the batch, gather the keys with `all_gather`, reduce the
 Sinkhorn column statistics with `psum`/`pmax`, and return the global loss on every device.
 """
