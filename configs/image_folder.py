@@ -4,7 +4,7 @@ Images are read from `data.image_folder/<split>/<class>/<image>` (JPEG or PNG); 
 not images or fail to decode are skipped with a counted warning. The defaults fit ImageNet-1k
 extracted into that layout (`train/` with 1,281,167 images and `val/` with 50,000, 1,000 class
 folders each), the layout the authors' PyTorch scripts read. Every recipe value is the published
-ViT-S/16 one (see configs/vit_small_imagenet.py): 400 epochs at global batch 4096, 2 x 224 px
+ViT-S/16 one (see configs/imagenet.py:vit_small): 400 epochs at global batch 4096, 2 x 224 px
 global and 6 x 96 px local crops, tau 0.1, eps 0.05, 3 Sinkhorn iterations, top-k 128, head
 4096-4096-4096, EMA teacher 0.995 -> 1, AdamW lr 3e-4 per 256 images after 40 warm-up epochs and
 a cosine to 1e-3, weight decay 0.04 -> 0.4, clipping at 0.3. Run on every host:

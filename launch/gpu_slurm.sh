@@ -3,7 +3,7 @@
 #
 # Usage (from the repository root, with the package installed in .venv on a shared file system):
 #   sbatch --nodes=2 --gpus-per-node=8 launch/gpu_slurm.sh \
-#       --config=configs/vit_small_imagenet.py --workdir=/shared/runs/bam_vit_s16 \
+#       --config=configs/imagenet.py:vit_small --workdir=/shared/runs/bam_vit_s16 \
 #       --config.data.data_dir=/shared/tensorflow_datasets
 #
 # Every argument is passed to `python -m bam_jax.main` unchanged. Each node runs one process that

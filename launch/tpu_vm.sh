@@ -3,7 +3,7 @@
 #
 # Usage:
 #   launch/tpu_vm.sh [--create] [--skip-setup] [--detach] [--delete] -- \
-#       --config=configs/vit_small_imagenet.py --workdir=gs://BUCKET/bam_vit_s16 [--config.X=Y ...]
+#       --config=configs/imagenet.py:vit_small --workdir=gs://BUCKET/bam_vit_s16 [--config.X=Y ...]
 #
 # Steps, in order:
 #   --create      create the TPU VM first (needs ACCELERATOR_TYPE and RUNTIME_VERSION). Without

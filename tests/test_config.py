@@ -38,7 +38,7 @@ def test_config_is_complete(path):
 
 
 def test_imagenet_recipe_durations():
-  config = _load(REPO / "configs" / "vit_base_imagenet.py")
+  config = _load(REPO / "configs" / "imagenet.py", "vit_base")
   durations = schedules.resolve_durations(config, config.num_train_examples)
   assert durations.steps_per_epoch == 312
   assert durations.total_steps == 400 * 312
@@ -47,6 +47,9 @@ def test_imagenet_recipe_durations():
       4.8e-3)
   assert config.model.variant == "base"
   assert config.model.patch_size == 16
+  assert _load(REPO / "configs" / "imagenet.py").model.variant == "small"
+  with pytest.raises(ValueError, match="configs/imagenet.py:vit_base"):
+    _load(REPO / "configs" / "imagenet.py", "vit_huge")
 
 
 def test_unknown_variant_rejected():

@@ -159,7 +159,7 @@ def _write_split_metadata(name: str, data_dir: pathlib.Path, splits: tuple[str, 
 ], ids=["cifar10", "stl10_unlabelled", "imagenet2012"])
 def test_named_tfds_dataset_trains(name, crop_size, splits, tmp_path):
   if name == "imagenet2012":
-    config = _load_config("vit_small_imagenet")
+    config = _load_config("imagenet", "vit_small")
   else:
     config = _load_config(name, "runlocal")
   config = _shrink(config, crop_size)

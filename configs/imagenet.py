@@ -1,4 +1,4 @@
-r"""BAM pre-training of ViT-B/16 on ImageNet-1k with the authors' published recipe.
+r"""BAM pre-training of ViT-S/16 or ViT-B/16 on ImageNet-1k with the authors' published recipe.
 
 400 epochs at global batch 4096: 2 global crops of 224 px and 6 local crops of 96 px, projection
 head 4096-4096-4096, EMA teacher (momentum 0.995 -> 1 on a cosine), AdamW with lr 3e-4 per 256
@@ -8,12 +8,11 @@ images (4.8e-3 at batch 4096) after 40 warm-up epochs and a cosine to 1e-3, weig
 The `imagenet2012` TFDS dataset must be prepared in `data.data_dir` beforehand. Run on every host
 of a Cloud TPU VM (or every node of a GPU cluster):
 
-  python -m bam_jax.main --config=configs/vit_base_imagenet.py --workdir=gs://BUCKET/bam_vit_b16 \
+  python -m bam_jax.main --config=configs/imagenet.py:vit_small --workdir=gs://BUCKET/bam_vit_s16 \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets --config.distributed.enabled=True
 
-Running the same command again resumes from the latest checkpoint in the workdir.
-
-Published linear-probe top-1 of this recipe on ImageNet: 78.1% (ViT-B/16).
+`:vit_base` selects ViT-B/16 with the same recipe; its published linear-probe top-1 on ImageNet is
+78.1%. Running the same command again resumes from the latest checkpoint in the workdir.
 """
 
 import ml_collections
@@ -21,13 +20,17 @@ import ml_collections
 from bam_jax import parallel
 from bam_jax.data import config as data_config
 
-VARIANT = "base"
+# Config variant -> ViT size; the rest of the recipe is the same for both.
+MODEL_VARIANTS = {"vit_small": "small", "vit_base": "base"}
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the published ViT-B/16 recipe; `variant` must be None."""
-  if variant:
-    raise ValueError(f"Unknown config variant {variant!r}; this config has no variants.")
+  """Returns the published recipe for `variant` "vit_small" (the default) or "vit_base"."""
+  variant = variant or "vit_small"
+  if variant not in MODEL_VARIANTS:
+    raise ValueError(
+        f"Unknown config variant {variant!r}; use configs/imagenet.py:vit_small or "
+        "configs/imagenet.py:vit_base.")
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -40,7 +43,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.data = data_config.default_config()
 
   config.model = ml_collections.ConfigDict()
-  config.model.variant = VARIANT
+  config.model.variant = MODEL_VARIANTS[variant]
   config.model.patch_size = 16
   config.model.mlp_ratio = 4.0
   config.model.freeze_patch_embedding = True
