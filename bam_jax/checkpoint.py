@@ -19,9 +19,19 @@ CHECKPOINT_SUBDIR = "checkpoints"
 STATE_ITEM = "state"
 
 
+def _absolute(path: str | os.PathLike[str]) -> epath.Path:
+  """Returns `path` made absolute against the working directory, unless it is a URL (gs://...).
+
+  Orbax rejects relative paths, and `--workdir=workdir/run` is the usual way to name a local one.
+  """
+  if "://" in os.fspath(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.fspath(path)))
+
+
 def checkpoint_directory(workdir: str | os.PathLike[str]) -> epath.Path:
-  """Returns the directory under `workdir` that contains the step directories."""
-  return epath.Path(workdir) / CHECKPOINT_SUBDIR
+  """Returns the absolute directory under `workdir` that contains the step directories."""
+  return _absolute(workdir) / CHECKPOINT_SUBDIR
 
 
 def create_checkpoint_manager(workdir: str | os.PathLike[str], *,
@@ -101,7 +111,7 @@ def restore_for_finetuning(path: str | os.PathLike[str], *, use_teacher: bool = 
     The parameter tree {"backbone": ..., "head": ...}. A ViT backbone alone is
     `params["backbone"]`.
   """
-  step_directory = _resolve_step_directory(epath.Path(path))
+  step_directory = _resolve_step_directory(_absolute(path))
   item = step_directory / STATE_ITEM
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = checkpointer.metadata(item)

@@ -92,3 +92,15 @@ def test_single_network_checkpoint_round_trip(tmp_path):
   _assert_trees_equal(restored, state)
   # Without a teacher, the fine-tuning restore falls back to the student.
   _assert_trees_equal(checkpoint.restore_for_finetuning(tmp_path), jax.device_get(state.params))
+
+
+def test_relative_workdir_round_trip(trainer, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  state, _ = trainer.run(trainer.new_state(), 1)
+  manager = checkpoint.create_checkpoint_manager("workdir/run", max_to_keep=1)
+  assert checkpoint.save_state(manager, 1, state)
+  manager.wait_until_finished()
+  manager.close()
+  assert (tmp_path / "workdir" / "run" / "checkpoints" / "1").is_dir()
+  _assert_trees_equal(checkpoint.restore_for_finetuning("workdir/run"),
+                      jax.device_get(state).teacher_params)
