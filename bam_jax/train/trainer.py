@@ -178,6 +178,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       manager, state_lib.abstract_state_with_sharding(state, state_sharding))
   if restored is not None:
     state = restored
+  else:
+    logging.info("No checkpoint in %s; training starts from step 0.",
+                 checkpoint.checkpoint_directory(workdir))
   initial_step = int(state.step)
 
   loss_fn = objective.make_sharded_bam_loss(
@@ -266,6 +269,9 @@ def _train_loop(config, workdir, state, train_step, dropout_rng, mesh, manager, 
     if step % config.checkpoint_every_steps == 0 or step == total_steps:
       _check_finite(metrics, step, workdir)
       checkpoint.save_state(manager, step, state)
+    if step % config.log_every_steps == 0:
+      # A background save that failed stops the run here, not at the next save.
+      manager.check_for_errors()
 
     if config.knn_every_steps > 0 and step % config.knn_every_steps == 0 and (
         step != total_steps):
