@@ -11,9 +11,10 @@ Every crop of image i attends to the K keys with the G keys of image i itself ma
 teacher's attention rows, divided by `epsilon`, are balanced over the global batch by a few
 Sinkhorn iterations in float32 and the log domain, then optionally restricted to their top-k
 keys. They become the targets for the student's attention `softmax(rows / temperature)` of
-every other crop. The functions here are pure and shard-aware: with `axis_name` set they run inside
-`jax.shard_map` on the local shard of the batch, gather the keys with `all_gather`, reduce the
-Sinkhorn column statistics with `psum`/`pmax`, and return the global loss on every device.
+every other crop. The functions here are pure and shard-aware. With `axis_name` set they run
+inside `jax.shard_map` on the local shard of the batch and gather the keys with `all_gather`.
+They reduce the Sinkhorn column statistics with `psum`/`pmax` and return the global loss on
+every device.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def _gather_keys(embeddings: jax.Array, num_global_crops: int,
 
 
 # The maximum below is taken of `logits - (-potential)`, which equals `logits + potential`
-# exactly but is not the same expression as the exponent's, so XLA fuses each into its own
-# reduction instead of writing the shared sum, a full `[V, b, K]` array, to memory first.
+# exactly but is not the same expression as the exponent's. XLA therefore fuses each into its
+# own reduction instead of first writing the shared sum, a full `[V, b, K]` array, to memory.
 
 
 def _logsumexp_over_rows(logits: jax.Array, row: jax.Array,
@@ -199,8 +200,8 @@ def _targets_and_statistics(teacher: jax.Array, keys: jax.Array, positive_mask: 
       logits, num_global_crops=num_global_crops, global_batch=global_batch,
       iterations=sinkhorn_iterations, axis_name=axis_name)
 
-  # Key marginal of the whole plan, as a distribution: its total-variation distance from uniform
-  # says how balanced the targets are after the last iteration.
+  # Key marginal of the whole plan, as a distribution. Its total-variation distance from uniform
+  # measures how balanced the targets are after the last iteration.
   column_log_mass = _logsumexp_over_rows(logits, row, axis_name) + column
   column_distribution = jax.nn.softmax(column_log_mass)
   marginal_error = 0.5 * jnp.sum(jnp.abs(column_distribution - 1.0 / logits.shape[-1]))
@@ -365,8 +366,8 @@ def bam_loss(student: jax.Array, teacher: jax.Array | None, *, num_global_crops:
     epsilon: Sinkhorn regularisation; divides the teacher's cosine similarities.
     sinkhorn_iterations: column-then-row scaling steps, run in float32 and the log domain.
     top_k: keys kept per image in the targets (0 keeps all).
-    axis_name: None when `b` is the whole global batch; the batch's mesh axis when called inside
-      `shard_map` on the local shard, in which case the result is the global loss on every device.
+    axis_name: None when `b` is the whole global batch. Inside `shard_map` on the local shard,
+      the batch's mesh axis, and the result is then the global loss on every device.
     precision: matmul precision of the similarities (HIGHEST keeps float32 on TPU).
 
   Raises:

@@ -9,8 +9,8 @@
 # Every argument is passed to `python -m bam_jax.main` unchanged. Each node runs one process that
 # drives all GPUs of that node and reads its own part of the dataset, so the per-node batch is
 # global_batch_size / number of nodes. The workdir and the TFDS data_dir must be on a file system
-# that every node sees (or on gs://). Submitting the same command again resumes from the latest
-# checkpoint in the workdir.
+# that every node can read and write (or on gs://). Submitting the same command again resumes
+# from the latest checkpoint in the workdir.
 #
 # Environment (read when the job starts):
 #   BAM_PYTHON            interpreter with bam_jax and CUDA-enabled JAX installed

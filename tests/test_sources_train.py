@@ -26,7 +26,7 @@ from conftest_data import NUM_VALID_IMAGES, write_image_folder
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 2
 GLOBAL_BATCH_SIZE = 16
-# Mock examples per split; two host batches, so k-NN sees full batches on both splits.
+# Mock examples per split: two host batches, so that k-NN gets full batches on both splits.
 NUM_MOCK_EXAMPLES = 32
 
 
@@ -104,8 +104,8 @@ def _check_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, num_
 
   losses = _logged_losses(workdir)
   assert sorted(losses) == list(range(1, TOTAL_STEPS + 1))
-  # A cross-entropy over the G * B keys of the global batch starts near log(G * B); a loss far
-  # outside (0, 2 * log(G * B)) or one that grows fast means the batches or the step are wrong.
+  # A cross-entropy over the G * B keys of the global batch starts near log(G * B). A loss far
+  # outside (0, 2 * log(G * B)), or one that grows fast, means the batches or the step are wrong.
   num_keys = config.data.num_global_crops * GLOBAL_BATCH_SIZE
   for step, loss in losses.items():
     assert math.isfinite(loss), (step, loss)

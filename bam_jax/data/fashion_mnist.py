@@ -90,7 +90,7 @@ def prepare_fashion_mnist(data_dir: str, archive_dir: str = DEFAULT_ARCHIVE_DIR)
 
   Raises:
     FileNotFoundError: an idx archive is missing and the dataset is not prepared yet. The
-      message is one line that says how to install the archives or which config field to set.
+      message is one line stating how to install the archives or which config field to set.
   """
   data_dir = os.path.expanduser(data_dir)
   builder = tfds.builder("fashion_mnist", data_dir=data_dir)

@@ -176,7 +176,7 @@ def image_folder_source(
 
   dataset = tf.data.Dataset.from_tensor_slices({"path": host_paths, "label": host_labels})
   if shuffle_files:
-    # The buffer holds every path of this host (strings, not images), so this is a full shuffle.
+    # The buffer contains every path of this host (strings, not images), so this is a full shuffle.
     dataset = dataset.shuffle(len(host_paths), seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.map(
       lambda e: {"image": tf.io.read_file(e["path"]), "label": e["label"]},
